@@ -9,9 +9,11 @@ index manifest.  `SpanReader` reads file data back through a
 ``read(offset, length)`` callable, fetching and verifying only the spans
 that hold it; `ImageTree` merges the layers' TOCs as a container sees them.
 
-Needs the `flatbuffers` package to write ztocs, and libz through ctypes
-(Python's zlib has no Z_BLOCK, inflatePrime or raw dictionaries).  Imports
-nothing else outside the standard library; safe to copy alone.
+Standard library only (libz is reached through ctypes, since Python's
+zlib has no Z_BLOCK, inflatePrime or raw dictionaries); safe to copy
+alone.  FlatBuffers are written by a small writer that lays bytes out as
+the reference builders do; the tests check it against the `flatbuffers`
+package.
 Limits: zstd layers and sparse tar entries are refused, not indexed.
 """
 # Copyright 2026 The Hermes authors. SPDX-License-Identifier: Apache-2.0
@@ -241,11 +243,14 @@ def _cstring(field):
     return field if end < 0 else field[:end]
 
 
+_OCTAL = re.compile(rb"[0-7]+")
+
+
 def _octal(field):
     digits = _cstring(field.strip(b" \0"))
     if not digits:
         return 0
-    if not all(48 <= c <= 55 for c in digits):
+    if not _OCTAL.fullmatch(digits):
         raise ValueError("bad octal field %r" % bytes(field))
     return int(digits, 8)
 
@@ -268,14 +273,18 @@ def _numeric(field):
     return ~value if inv else value
 
 
+_HIGH_BYTES = bytes(range(128, 256))
+
+
 def _checksum_ok(blk):
+    """Go accepts the unsigned sum and the signed one old tars wrote."""
     stored = _octal(blk[148:156])
-    unsigned = sum(blk[:148]) + 256 + sum(blk[156:])
-    signed = unsigned
-    for c in blk[:148] + blk[156:]:
-        if c >= 128:
-            signed -= 256
-    return stored in (unsigned, signed)
+    unsigned = sum(blk) - sum(blk[148:156]) + 8 * 32
+    if stored == unsigned:
+        return True
+    rest = blk[:148] + blk[156:]
+    high = len(rest) - len(rest.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high
 
 
 def _parse_header(blk):
@@ -683,14 +692,12 @@ class _GzipIndexer:
 
 
 def _tar_zinfo(span, size):
-    import flatbuffers
-    b = flatbuffers.Builder(0)
-    b.StartObject(3)
-    b.PrependInt32Slot(0, 2, 0)
-    b.PrependInt64Slot(1, span, 0)
-    b.PrependInt64Slot(2, size, 0)
-    b.Finish(b.EndObject())
-    return bytes(b.Output())
+    w = _FlatWriter()
+    w.start(3)
+    w.scalar(0, "<i", 2)
+    w.scalar(1, "<q", span)
+    w.scalar(2, "<q", size)
+    return w.finish(w.end())
 
 
 def _index_tar(stream, span, scanner):
@@ -786,30 +793,27 @@ class Ztoc:
 
     def to_bytes(self):
         """The FlatBuffers bytes, in soci-snapshotter's call order."""
-        import flatbuffers
-        b = flatbuffers.Builder(0)
-        version = _fb_string(b, self.version)
-        tool = _fb_string(b, self.build_tool)
-        toc = _fb_toc(b, self.entries)
-        checkpoints = b.CreateByteVector(bytes(self.checkpoints))
-        digests = _fb_vector(
-            b, [_fb_string(b, d) for d in self.span_digests])
-        b.StartObject(4)
-        b.PrependInt32Slot(1, self.max_span_id, 0)
-        b.PrependUOffsetTRelativeSlot(2, digests, 0)
-        b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
+        w = _FlatWriter()
+        version = w.string(self.version)
+        tool = w.string(self.build_tool)
+        toc = _fb_toc(w, self.entries)
+        checkpoints = w.byte_vector(bytes(self.checkpoints))
+        digests = w.offset_vector([w.string(d) for d in self.span_digests])
+        w.start(4)
+        w.scalar(1, "<i", self.max_span_id)
+        w.offset(2, digests)
+        w.offset(3, checkpoints)
         algorithm = {"gzip": 1, "uncompressed": 2}[self.compression]
-        b.PrependInt8Slot(0, algorithm, 1)
-        info = b.EndObject()
-        b.StartObject(6)
-        b.PrependUOffsetTRelativeSlot(0, version, 0)
-        b.PrependUOffsetTRelativeSlot(1, tool, 0)
-        b.PrependUOffsetTRelativeSlot(4, toc, 0)
-        b.PrependInt64Slot(2, self.compressed_size, 0)
-        b.PrependInt64Slot(3, self.uncompressed_size, 0)
-        b.PrependUOffsetTRelativeSlot(5, info, 0)
-        b.Finish(b.EndObject())
-        return bytes(b.Output())
+        w.scalar(0, "<b", algorithm, default=1)
+        info = w.end()
+        w.start(6)
+        w.offset(0, version)
+        w.offset(1, tool)
+        w.offset(4, toc)
+        w.scalar(2, "<q", self.compressed_size)
+        w.scalar(3, "<q", self.uncompressed_size)
+        w.offset(5, info)
+        return w.finish(w.end())
 
     # -- reading
 
@@ -957,55 +961,132 @@ def _check_toc(entries, usize):
 
 # ------------------------------------------------ FlatBuffers plumbing
 
-def _fb_string(b, text):
-    return b.CreateString(text, errors="surrogateescape")
+class _FlatWriter:
+    """Writes FlatBuffers back to front, byte for byte as the reference
+    builders (Go's and Python's ``flatbuffers``) lay them out: the same
+    alignment padding, vtable trimming and vtable sharing.  Pieces are
+    kept in a list and joined once, which is much faster than the
+    reference Python builder on TOCs of many thousand entries.
+    """
+
+    def __init__(self):
+        self.pieces = []
+        self.size = 0
+        self.minalign = 1
+        self.vtables = {}
+        self._slots = None
+        self._object_end = 0
+
+    def _put(self, data):
+        self.pieces.append(data)
+        self.size += len(data)
+
+    def _prep(self, align, extra):
+        self.minalign = max(self.minalign, align)
+        pad = -(self.size + extra) % align
+        if pad:
+            self._put(bytes(pad))
+
+    def string(self, text):
+        raw = text.encode("utf-8", "surrogateescape")
+        self._prep(4, len(raw) + 1)
+        self._put(struct.pack("<I", len(raw)) + raw + b"\0")
+        return self.size
+
+    def byte_vector(self, data):
+        self._prep(4, len(data))
+        self._put(struct.pack("<I", len(data)) + data)
+        return self.size
+
+    def offset_vector(self, offsets):
+        self._prep(4, 4 * len(offsets))
+        values, at = [], self.size
+        for off in reversed(offsets):
+            values.append(at + 4 - off)
+            at += 4
+        values.append(len(offsets))
+        self._put(struct.pack("<%dI" % len(values), *reversed(values)))
+        return self.size
+
+    def start(self, fields):
+        self._slots = [0] * fields
+        self._object_end = self.size
+
+    def scalar(self, slot, fmt, value, default=0):
+        if value != default:
+            width = struct.calcsize(fmt)
+            self._prep(width, 0)
+            self._put(struct.pack(fmt, value))
+            self._slots[slot] = self.size
+
+    def offset(self, slot, off):
+        self._prep(4, 0)
+        self._put(struct.pack("<I", self.size + 4 - off))
+        self._slots[slot] = self.size
+
+    def end(self):
+        self._prep(4, 0)
+        obj = self.size + 4
+        fields = [obj - at if at else 0 for at in self._slots]
+        while fields and not fields[-1]:
+            fields.pop()
+        key = (tuple(fields), obj - self._object_end)
+        known = self.vtables.get(key)
+        if known is not None:
+            self._put(struct.pack("<i", known - obj))
+            return obj
+        vtable = struct.pack("<%dH" % (len(fields) + 2),
+                             4 + 2 * len(fields), key[1], *fields)
+        self._put(struct.pack("<i", len(vtable)))
+        self._put(vtable)
+        self.vtables[key] = self.size
+        return obj
+
+    def finish(self, root):
+        self._prep(self.minalign, 4)
+        self._prep(4, 0)
+        self._put(struct.pack("<I", self.size + 4 - root))
+        return b"".join(reversed(self.pieces))
 
 
-def _fb_vector(b, offsets):
-    b.StartVector(4, len(offsets), 4)
-    for off in reversed(offsets):
-        b.PrependUOffsetTRelative(off)
-    return b.EndVector()
-
-
-def _fb_toc(b, entries):
+def _fb_toc(w, entries):
     offsets = [None] * len(entries)
     for i in range(len(entries) - 1, -1, -1):
-        offsets[i] = _fb_entry(b, entries[i])
-    metadata = _fb_vector(b, offsets)
-    b.StartObject(1)
-    b.PrependUOffsetTRelativeSlot(0, metadata, 0)
-    return b.EndObject()
+        offsets[i] = _fb_entry(w, entries[i])
+    metadata = w.offset_vector(offsets)
+    w.start(1)
+    w.offset(0, metadata)
+    return w.end()
 
 
-def _fb_entry(b, e):
-    strings = [_fb_string(b, s) for s in (
+def _fb_entry(w, e):
+    strings = [w.string(s) for s in (
         e.name, e.type, e.linkname, e.uname, e.gname, e.mod_time)]
     xattrs = []
     for key, value in e.xattrs:
-        k, v = _fb_string(b, key), _fb_string(b, value)
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(0, k, 0)
-        b.PrependUOffsetTRelativeSlot(1, v, 0)
-        xattrs.append(b.EndObject())
-    xattr_vector = _fb_vector(b, xattrs)
+        k, v = w.string(key), w.string(value)
+        w.start(2)
+        w.offset(0, k)
+        w.offset(1, v)
+        xattrs.append(w.end())
+    xattr_vector = w.offset_vector(xattrs)
     name, kind, linkname, uname, gname, mod_time = strings
-    b.StartObject(14)
-    b.PrependUOffsetTRelativeSlot(0, name, 0)
-    b.PrependUOffsetTRelativeSlot(1, kind, 0)
-    b.PrependInt64Slot(2, e.offset, 0)
-    b.PrependInt64Slot(3, e.size, 0)
-    b.PrependUOffsetTRelativeSlot(4, linkname, 0)
-    b.PrependInt64Slot(5, e.mode, 0)
-    b.PrependUint32Slot(6, e.uid, 0)
-    b.PrependUint32Slot(7, e.gid, 0)
-    b.PrependUOffsetTRelativeSlot(8, uname, 0)
-    b.PrependUOffsetTRelativeSlot(9, gname, 0)
-    b.PrependUOffsetTRelativeSlot(10, mod_time, 0)
-    b.PrependInt64Slot(11, e.devmajor, 0)
-    b.PrependInt64Slot(12, e.devminor, 0)
-    b.PrependUOffsetTRelativeSlot(13, xattr_vector, 0)
-    return b.EndObject()
+    w.start(14)
+    w.offset(0, name)
+    w.offset(1, kind)
+    w.scalar(2, "<q", e.offset)
+    w.scalar(3, "<q", e.size)
+    w.offset(4, linkname)
+    w.scalar(5, "<q", e.mode)
+    w.scalar(6, "<I", e.uid)
+    w.scalar(7, "<I", e.gid)
+    w.offset(8, uname)
+    w.offset(9, gname)
+    w.offset(10, mod_time)
+    w.scalar(11, "<q", e.devmajor)
+    w.scalar(12, "<q", e.devminor)
+    w.offset(13, xattr_vector)
+    return w.end()
 
 
 class _FlatBuffer:

@@ -531,3 +531,110 @@ def test_plain_zlib_agrees_on_a_bits_zero_span():
     inflater = zlib.decompressobj(-15, zdict=ztoc.window(k))
     assert inflater.decompress(blob[start:end])[:uend - ustart] == \
         reader(ztoc, blob).read_span(k)
+
+
+# ------------------------------- FlatBuffers writer vs the reference
+
+def reference_bytes(ztoc):
+    """The same ztoc written with the `flatbuffers` package's Builder."""
+    import flatbuffers
+    b = flatbuffers.Builder(0)
+
+    def string(text):
+        return b.CreateString(text, errors="surrogateescape")
+
+    def vector(offsets):
+        b.StartVector(4, len(offsets), 4)
+        for off in reversed(offsets):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+
+    def entry(e):
+        name, kind, link, uname, gname, mtime = [string(s) for s in (
+            e.name, e.type, e.linkname, e.uname, e.gname, e.mod_time)]
+        xattrs = []
+        for key, value in e.xattrs:
+            k, v = string(key), string(value)
+            b.StartObject(2)
+            b.PrependUOffsetTRelativeSlot(0, k, 0)
+            b.PrependUOffsetTRelativeSlot(1, v, 0)
+            xattrs.append(b.EndObject())
+        xv = vector(xattrs)
+        b.StartObject(14)
+        for slot, value in ((0, name), (1, kind)):
+            b.PrependUOffsetTRelativeSlot(slot, value, 0)
+        b.PrependInt64Slot(2, e.offset, 0)
+        b.PrependInt64Slot(3, e.size, 0)
+        b.PrependUOffsetTRelativeSlot(4, link, 0)
+        b.PrependInt64Slot(5, e.mode, 0)
+        b.PrependUint32Slot(6, e.uid, 0)
+        b.PrependUint32Slot(7, e.gid, 0)
+        for slot, value in ((8, uname), (9, gname), (10, mtime)):
+            b.PrependUOffsetTRelativeSlot(slot, value, 0)
+        b.PrependInt64Slot(11, e.devmajor, 0)
+        b.PrependInt64Slot(12, e.devminor, 0)
+        b.PrependUOffsetTRelativeSlot(13, xv, 0)
+        return b.EndObject()
+
+    version, tool = string(ztoc.version), string(ztoc.build_tool)
+    offsets = [entry(e) for e in reversed(ztoc.entries)][::-1]
+    metadata = vector(offsets)
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, metadata, 0)
+    toc = b.EndObject()
+    checkpoints = b.CreateByteVector(bytes(ztoc.checkpoints))
+    digests = vector([string(d) for d in ztoc.span_digests])
+    b.StartObject(4)
+    b.PrependInt32Slot(1, ztoc.max_span_id, 0)
+    b.PrependUOffsetTRelativeSlot(2, digests, 0)
+    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
+    b.PrependInt8Slot(0, {"gzip": 1, "uncompressed": 2}[ztoc.compression],
+                      1)
+    info = b.EndObject()
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, version, 0)
+    b.PrependUOffsetTRelativeSlot(1, tool, 0)
+    b.PrependUOffsetTRelativeSlot(4, toc, 0)
+    b.PrependInt64Slot(2, ztoc.compressed_size, 0)
+    b.PrependInt64Slot(3, ztoc.uncompressed_size, 0)
+    b.PrependUOffsetTRelativeSlot(5, info, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def random_entry(rng):
+    def text(n):
+        return "".join(rng.choice("abcé/.\udcff_") for _ in range(
+            rng.randrange(n)))
+    return soci.TocEntry(
+        name=text(40), type=rng.choice(["reg", "dir", "symlink", ""]),
+        offset=rng.choice([0, rng.randrange(1 << 40)]),
+        size=rng.choice([0, rng.randrange(1 << 20)]), linkname=text(5),
+        mode=rng.choice([0, 0o644, -1]), uid=rng.choice([0, 2**32 - 1]),
+        gid=rng.choice([0, 1000]), uname=text(6), gname=text(3),
+        mod_time=text(30), devmajor=rng.choice([0, 8]),
+        devminor=rng.choice([0, 1]),
+        xattrs=sorted((text(12), text(9)) for _ in range(rng.randrange(3))))
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_flatbuffers_writer_matches_the_reference_builder(seed):
+    rng = random.Random(seed)
+    ztoc = soci.Ztoc(
+        version=rng.choice(["0.9", ""]), build_tool="AWS SOCI CLI v0.2",
+        compressed_size=rng.choice([0, rng.randrange(1 << 40)]),
+        uncompressed_size=rng.randrange(1 << 40),
+        entries=[random_entry(rng) for _ in range(rng.randrange(40))],
+        compression=rng.choice(["gzip", "uncompressed"]),
+        span_digests=["sha256:%064x" % rng.randrange(1 << 256)
+                      for _ in range(rng.randrange(5))],
+        checkpoints=rng.randbytes(rng.randrange(100)),
+        max_span_id=rng.randrange(-1, 5))
+    assert ztoc.to_bytes() == reference_bytes(ztoc)
+
+
+def test_a_built_ztoc_matches_the_reference_builder():
+    ztoc = build(pigz_layer(tar_layer(mixed_entries()), 32))
+    assert ztoc.to_bytes() == reference_bytes(ztoc)
+    tar = build(tar_layer(mixed_entries()), "uncompressed")
+    assert tar.to_bytes() == reference_bytes(tar)
