@@ -255,8 +255,21 @@ def _octal(field):
     return int(digits, 8)
 
 
+_numbers = {}
+
+
 def _numeric(field):
     """A tar number: octal text, or base-256 when the top bit is set."""
+    # Modes, owners and times repeat from header to header.
+    value = _numbers.get(field)
+    if value is None:
+        value = _parse_numeric(field)
+        if len(_numbers) < 65536:
+            _numbers[field] = value
+    return value
+
+
+def _parse_numeric(field):
     if not field or not field[0] & 0x80:
         return _octal(field)
     inv = 0xFF if field[0] & 0x40 else 0
@@ -356,8 +369,20 @@ def _pax_time(text):
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 
+_times = {}
+
+
 def go_time(seconds, nanos=0):
     """Format like Go's time.Time.MarshalText, in UTC."""
+    text = _times.get((seconds, nanos))
+    if text is None:
+        text = _format_time(seconds, nanos)
+        if len(_times) < 65536:
+            _times[seconds, nanos] = text
+    return text
+
+
+def _format_time(seconds, nanos):
     seconds, nanos = divmod(seconds * 10**9 + nanos, 10**9)
     try:
         when = _EPOCH + datetime.timedelta(seconds=seconds)
@@ -971,6 +996,7 @@ class _FlatWriter:
 
     def __init__(self):
         self.pieces = []
+        self.chunks = []
         self.size = 0
         self.minalign = 1
         self.vtables = {}
@@ -980,6 +1006,10 @@ class _FlatWriter:
     def _put(self, data):
         self.pieces.append(data)
         self.size += len(data)
+        if len(self.pieces) >= 4096:
+            # Small bytes objects cost ~40 bytes each; fold them.
+            self.chunks.append(b"".join(reversed(self.pieces)))
+            self.pieces = []
 
     def _prep(self, align, extra):
         self.minalign = max(self.minalign, align)
@@ -1046,7 +1076,8 @@ class _FlatWriter:
         self._prep(self.minalign, 4)
         self._prep(4, 0)
         self._put(struct.pack("<I", self.size + 4 - root))
-        return b"".join(reversed(self.pieces))
+        self.chunks.append(b"".join(reversed(self.pieces)))
+        return b"".join(reversed(self.chunks))
 
 
 def _fb_toc(w, entries):
