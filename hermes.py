@@ -129,8 +129,8 @@ def cmd_build(args):
         progress=_Progress(sys.stderr.isatty()))
     for r in result.layers:
         if r.outcome == "unsupported":
-            print("hermes: layer %s has no ztoc: %s" % (r.digest, r.reason),
-                  file=sys.stderr)
+            print("hermes: warning: layer %s has no ztoc: %s"
+                  % (r.digest, r.reason), file=sys.stderr)
     if result.index_digest is None:
         raise CommandError(
             "no layer of %s is %d bytes or more; nothing to index "
@@ -328,7 +328,11 @@ def _parser():
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        # argparse exits 2 on usage errors and 0 for --help.
+        return e.code
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="hermes: %(levelname)s %(name)s: %(message)s")

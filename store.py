@@ -96,11 +96,15 @@ class Store:
         return os.path.exists(self.path(digest))
 
     def put(self, data):
-        """Store `data`; return its digest.  Safe against crashes."""
+        """Store `data`; return its digest.  Safe against crashes.
+
+        A blob already present is kept only if its bytes are intact, so
+        building again repairs a corrupt one.
+        """
         self._prepare()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         final = self.path(digest)
-        if os.path.exists(final):
+        if self._intact(final, digest):
             return digest
         fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".tmp-")
         try:
@@ -114,6 +118,14 @@ class Store:
                 os.unlink(tmp)
             raise
         return digest
+
+    def _intact(self, path, digest):
+        try:
+            with open(path, "rb") as f:
+                return "sha256:" + hashlib.file_digest(
+                    f, "sha256").hexdigest() == digest
+        except FileNotFoundError:
+            return False
 
     def get(self, digest):
         """The blob's bytes, verified against `digest`."""
@@ -218,26 +230,38 @@ class _Counted:
         return n
 
 
+def _cached_layer(store, desc, span_size):
+    """The layer's earlier result, if its ztoc is still intact."""
+    row = store.layer(desc["digest"], span_size)
+    if row is None:
+        return None
+    if row["outcome"] == "unsupported":
+        return LayerResult(desc, "unsupported", reason=row["error"])
+    try:
+        size = len(store.get(row["ztoc_digest"]))
+    except StoreError as e:
+        log.warning("rebuilding the ztoc of layer %s: %s",
+                    desc["digest"], e)
+        return None
+    return LayerResult(desc, "cached", row["ztoc_digest"], size)
+
+
 def _layer_ztoc(client, store, image, desc, span_size, report):
     """Reuse the layer's ztoc from the store, or read the layer once."""
     digest = desc["digest"]
-    row = store.layer(digest, span_size)
-    if row is not None and row["outcome"] in ("built", "unsupported"):
-        size = os.path.getsize(store.path(row["ztoc_digest"])) \
-            if row["ztoc_digest"] else 0
-        return LayerResult(desc, "cached" if size else "unsupported",
-                           row["ztoc_digest"], size, row["error"])
-    compression = soci.compression_of(desc.get("mediaType", ""))
-    if compression is None:
-        raise soci.UnsupportedLayer("layer %s has media type %r" % (
-            digest, desc.get("mediaType")))
+    cached = _cached_layer(store, desc, span_size)
+    if cached is not None:
+        return cached
     try:
+        compression = soci.compression_of(desc.get("mediaType", ""))
+        if compression is None:
+            raise soci.UnsupportedLayer(
+                "media type %r is not a layer" % desc.get("mediaType"))
         with client.open_blob(image.ref, digest) as blob:
             ztoc = soci.build_ztoc(_Counted(blob, report), compression,
                                    span_size)
     except soci.UnsupportedLayer as e:
-        log.warning("layer %s of %s gets no ztoc: %s", digest,
-                    image.ref, e)
+        log.info("layer %s of %s gets no ztoc: %s", digest, image.ref, e)
         store.record_layer(digest, span_size, None, "unsupported", str(e))
         return LayerResult(desc, "unsupported", reason=str(e))
     data = ztoc.to_bytes()
