@@ -6,7 +6,7 @@ Limits: pull only (no push, no referrers); bearer and basic auth only
 (identity tokens in Docker config files are ignored); HTTP/1.1 only; one
 byte range per request; a blob stream is retried only until its headers
 arrive; Docker schema 1 manifests are refused; for a single (non-index)
-manifest the platform is taken on trust, not checked against its config.
+manifest the platform is read from its config blob.
 """
 # Copyright 2026 The Hermes authors. SPDX-License-Identifier: Apache-2.0
 
@@ -742,7 +742,8 @@ class Client:
         wanted = platform or default_platform()
         top = self.get_manifest(ref)
         if top.media_type not in _INDEX_TYPES:
-            return _make_image(ref.with_digest(top.digest), top, wanted)
+            image = _make_image(ref.with_digest(top.digest), top, wanted)
+            return self._check_platform(image, wanted)
         descriptor, chosen = _pick_manifest(json.loads(top.data), wanted,
                                             str(ref))
         picked = self.get_manifest(ref.with_digest(descriptor.get("digest")))
@@ -751,6 +752,20 @@ class Client:
                                 ref=str(ref))
         return _make_image(ref.with_digest(picked.digest), picked, chosen,
                            top.digest)
+
+    def _check_platform(self, image, wanted):
+        """A single manifest names its platform only in its config."""
+        config = json.loads(self.get_blob(
+            image.ref, image.config.get("digest"), MANIFEST_MAX))
+        plat = _descriptor_platform({"platform": config})
+        if plat is None:
+            return image
+        if _normalize_platform(*plat) != _normalize_platform(
+                *parse_platform(wanted)):
+            raise ManifestError(
+                "image is for %s, not %s" % (_format_platform(plat), wanted),
+                ref=str(image.ref))
+        return dataclasses.replace(image, platform=_format_platform(plat))
 
     def blob_size(self, ref, digest):
         """The blob's size from a HEAD request."""
