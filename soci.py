@@ -300,32 +300,33 @@ def _checksum_ok(blk):
     return stored == unsigned - 256 * high
 
 
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
+
+
 def _parse_header(blk):
     """The fields of one header block, read the way Go's reader does."""
     if not _checksum_ok(blk):
         raise ValueError("bad header checksum")
-    magic, version = blk[257:263], blk[263:265]
+    (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, version,
+     uname, gname, devmajor, devminor, prefix, _) = _HEADER.unpack(blk)
     h = {
-        "type": blk[156:157],
-        "name": _cstring(blk[0:100]),
-        "linkname": _cstring(blk[157:257]),
-        "size": _numeric(blk[124:136]),
-        "mode": _numeric(blk[100:108]),
-        "uid": _numeric(blk[108:116]),
-        "gid": _numeric(blk[116:124]),
-        "mtime": (_numeric(blk[136:148]), 0),
+        "type": kind, "name": _cstring(name),
+        "linkname": _cstring(linkname), "size": _numeric(size),
+        "mode": _numeric(mode), "uid": _numeric(uid),
+        "gid": _numeric(gid), "mtime": (_numeric(mtime), 0),
         "uname": b"", "gname": b"", "devmajor": 0, "devminor": 0,
     }
     ustar = magic == b"ustar\0"
     if ustar or (magic == b"ustar " and version == b" \0"):
-        h["uname"] = _cstring(blk[265:297])
-        h["gname"] = _cstring(blk[297:329])
-        h["devmajor"] = _numeric(blk[329:337])
-        h["devminor"] = _numeric(blk[337:345])
+        h["uname"] = _cstring(uname)
+        h["gname"] = _cstring(gname)
+        h["devmajor"] = _numeric(devmajor)
+        h["devminor"] = _numeric(devminor)
     if ustar:
         # star archives keep times where USTAR keeps the prefix's tail.
-        end = 476 if blk[508:512] == b"tar\0" else 500
-        prefix = _cstring(blk[345:end])
+        if blk[508:512] == b"tar\0":
+            prefix = prefix[:131]
+        prefix = _cstring(prefix)
         if prefix:
             h["name"] = prefix + b"/" + h["name"]
     return h
@@ -719,9 +720,9 @@ class _GzipIndexer:
 def _tar_zinfo(span, size):
     w = _FlatWriter()
     w.start(3)
-    w.scalar(0, "<i", 2)
-    w.scalar(1, "<q", span)
-    w.scalar(2, "<q", size)
+    w.scalar(0, _I32, 2)
+    w.scalar(1, _I64, span)
+    w.scalar(2, _I64, size)
     return w.finish(w.end())
 
 
@@ -825,18 +826,18 @@ class Ztoc:
         checkpoints = w.byte_vector(bytes(self.checkpoints))
         digests = w.offset_vector([w.string(d) for d in self.span_digests])
         w.start(4)
-        w.scalar(1, "<i", self.max_span_id)
+        w.scalar(1, _I32, self.max_span_id)
         w.offset(2, digests)
         w.offset(3, checkpoints)
         algorithm = {"gzip": 1, "uncompressed": 2}[self.compression]
-        w.scalar(0, "<b", algorithm, default=1)
+        w.scalar(0, _I8, algorithm, default=1)
         info = w.end()
         w.start(6)
         w.offset(0, version)
         w.offset(1, tool)
         w.offset(4, toc)
-        w.scalar(2, "<q", self.compressed_size)
-        w.scalar(3, "<q", self.uncompressed_size)
+        w.scalar(2, _I64, self.compressed_size)
+        w.scalar(3, _I64, self.uncompressed_size)
         w.offset(5, info)
         return w.finish(w.end())
 
@@ -986,6 +987,13 @@ def _check_toc(entries, usize):
 
 # ------------------------------------------------ FlatBuffers plumbing
 
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_I64 = struct.Struct("<q")
+_I8 = struct.Struct("<b")
+_ZEROS = bytes(8)
+
+
 class _FlatWriter:
     """Writes FlatBuffers back to front, byte for byte as the reference
     builders (Go's and Python's ``flatbuffers``) lay them out: the same
@@ -1017,10 +1025,18 @@ class _FlatWriter:
         if pad:
             self._put(bytes(pad))
 
+    def _aligned(self, data, align):
+        """Put `data` after the padding that aligns its start to `align`.
+
+        Written back to front, the padding goes in first (behind it).
+        """
+        self.minalign = max(self.minalign, align)
+        pad = -(self.size + len(data)) % align
+        self._put(data + _ZEROS[:pad] if pad else data)
+
     def string(self, text):
         raw = text.encode("utf-8", "surrogateescape")
-        self._prep(4, len(raw) + 1)
-        self._put(struct.pack("<I", len(raw)) + raw + b"\0")
+        self._aligned(_U32.pack(len(raw)) + raw + b"\0", 4)
         return self.size
 
     def byte_vector(self, data):
@@ -1042,16 +1058,14 @@ class _FlatWriter:
         self._slots = [0] * fields
         self._object_end = self.size
 
-    def scalar(self, slot, fmt, value, default=0):
+    def scalar(self, slot, packer, value, default=0):
         if value != default:
-            width = struct.calcsize(fmt)
-            self._prep(width, 0)
-            self._put(struct.pack(fmt, value))
+            self._aligned(packer.pack(value), packer.size)
             self._slots[slot] = self.size
 
     def offset(self, slot, off):
-        self._prep(4, 0)
-        self._put(struct.pack("<I", self.size + 4 - off))
+        pad = -self.size % 4
+        self._put(_U32.pack(self.size + pad + 4 - off) + _ZEROS[:pad])
         self._slots[slot] = self.size
 
     def end(self):
@@ -1105,17 +1119,17 @@ def _fb_entry(w, e):
     w.start(14)
     w.offset(0, name)
     w.offset(1, kind)
-    w.scalar(2, "<q", e.offset)
-    w.scalar(3, "<q", e.size)
+    w.scalar(2, _I64, e.offset)
+    w.scalar(3, _I64, e.size)
     w.offset(4, linkname)
-    w.scalar(5, "<q", e.mode)
-    w.scalar(6, "<I", e.uid)
-    w.scalar(7, "<I", e.gid)
+    w.scalar(5, _I64, e.mode)
+    w.scalar(6, _U32, e.uid)
+    w.scalar(7, _U32, e.gid)
     w.offset(8, uname)
     w.offset(9, gname)
     w.offset(10, mod_time)
-    w.scalar(11, "<q", e.devmajor)
-    w.scalar(12, "<q", e.devminor)
+    w.scalar(11, _I64, e.devmajor)
+    w.scalar(12, _I64, e.devminor)
     w.offset(13, xattr_vector)
     return w.end()
 
