@@ -153,11 +153,17 @@ def cmd_ztoc(args):
     print("sha256:" + hashlib.sha256(data).hexdigest())
 
 
-def cmd_ls(args):
+def _image_view(args):
+    """Resolve the image, build what the store lacks, merge the layers."""
     client, image = _resolve(args)
     store = store_mod.Store(args.store)
     _ensure_built(args, client, image, store)
-    tree, _ = store_mod.image_tree(store, image, args.span_size)
+    tree, ztocs = store_mod.image_tree(store, image, args.span_size)
+    return client, image, tree, ztocs
+
+
+def cmd_ls(args):
+    _, image, tree, _ = _image_view(args)
     try:
         listing = tree.listdir(args.path)
     except (FileNotFoundError, NotADirectoryError):
@@ -168,10 +174,7 @@ def cmd_ls(args):
 
 
 def cmd_cat(args):
-    client, image = _resolve(args)
-    store = store_mod.Store(args.store)
-    _ensure_built(args, client, image, store)
-    tree, ztocs = store_mod.image_tree(store, image, args.span_size)
+    client, image, tree, ztocs = _image_view(args)
     try:
         layer, entry = tree.resolve(args.path)
     except (FileNotFoundError, NotADirectoryError):

@@ -666,7 +666,10 @@ class _GzipIndexer:
             raise LayerError("corrupt gzip data near byte %d: %s"
                              % (self.totin, self.z.message()))
         produced = room - self.z.strm.avail_out
-        self.totin += avail_in - self.z.strm.avail_in
+        consumed = avail_in - self.z.strm.avail_in
+        if ret == Z_BUF_ERROR and not (consumed or produced):
+            raise LayerError("gzip data stalls near byte %d" % self.totin)
+        self.totin += consumed
         if produced:
             self.scanner.feed(
                 memoryview(self.out)[self.fill:self.fill + produced])
