@@ -67,6 +67,9 @@ BLOCK = 512
 _MAX_SPECIAL = 1 << 20
 _READ_CHUNK = 1 << 18
 _OUT_CHUNK = 1 << 20
+# Readers refuse larger spans, so a hostile ztoc cannot ask for huge
+# buffers; builders should stay far below (soci uses 4 MiB).
+MAX_SPAN_SIZE = 256 << 20
 # A span inflates to its span size plus at most one deflate block; this
 # bound only keeps a hostile ztoc from asking for absurd allocations.
 _SPAN_SLACK = 64 << 20
@@ -851,9 +854,9 @@ class Ztoc:
         """Parse and validate a ztoc; hostile input raises FormatError."""
         try:
             ztoc = _read_ztoc(_FlatBuffer(bytes(data)))
+            ztoc.validate()
         except (IndexError, struct.error, UnicodeDecodeError) as e:
             raise FormatError("malformed ztoc: %s" % e) from None
-        ztoc.validate()
         return ztoc
 
     @property
@@ -879,6 +882,9 @@ class Ztoc:
                 raise FormatError("bad span digest %r" % d[:80])
         if not 0 < self.compressed_size or self.uncompressed_size < 0:
             raise FormatError("ztoc has impossible archive sizes")
+        if not 0 < self.span_size <= MAX_SPAN_SIZE:
+            raise FormatError("ztoc span size %d is out of range"
+                              % self.span_size)
         self._check_spans()
         _check_toc(self.entries, self.uncompressed_size)
 

@@ -831,3 +831,27 @@ def test_a_single_manifest_for_another_platform_is_refused(
                          tmp_path / "s", "--platform", "linux/s390x")
     assert code == 1
     assert "linux/amd64, not linux/s390x" in err
+
+
+def test_ztoc_of_a_zstd_blob_says_it_is_not_indexable(
+        tmp_path, capsysbinary):
+    layer = tmp_path / "layer.tar.zst"
+    layer.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(64))
+    code, out, err = run(capsysbinary, "ztoc", layer, "-o",
+                         tmp_path / "out")
+    assert code == 1
+    assert "zstd" in err and out == b""
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_shows_layer_bytes_and_rate_on_a_terminal(capsys):
+    progress = hermes._Progress(enabled=True)
+    desc = {"digest": "sha256:" + "ab" * 32, "size": 2_000_000}
+    progress(0, 3, desc, 1_000_000)
+    progress(0, 3, desc, 2_000_000)
+    err = capsys.readouterr().err
+    assert "layer 1/3 abababababab" in err
+    assert "2.0/2.0 MB" in err and "MB/s" in err
+    assert err.endswith("\n")
+    hermes._Progress(enabled=False)(0, 3, desc, 2_000_000)
+    assert capsys.readouterr().err == ""

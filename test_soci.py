@@ -390,6 +390,22 @@ def test_a_huge_vector_length_is_refused_without_allocating():
         soci.Ztoc.from_bytes(bytes(good))
 
 
+def test_a_hostile_span_size_is_refused():
+    blob = gzip_layer(tar_layer([Entry("f", b"x")]))
+    ztoc = build(blob)
+    ztoc.checkpoints = (ztoc.checkpoints[:4] + struct.pack("<q", 1 << 62)
+                        + ztoc.checkpoints[12:])
+    with pytest.raises(soci.FormatError, match="span size"):
+        soci.Ztoc.from_bytes(ztoc.to_bytes())
+
+
+def test_a_garbage_tar_zinfo_is_refused():
+    ztoc = build(tar_layer([Entry("f", b"x")]), "uncompressed")
+    ztoc.checkpoints = b"\xff" * 7
+    with pytest.raises(soci.FormatError):
+        soci.Ztoc.from_bytes(ztoc.to_bytes())
+
+
 def test_overlapping_toc_entries_are_refused():
     ztoc = build(gzip_layer(tar_layer([Entry("a", b"x" * 2000),
                                        Entry("b", b"y")])))
