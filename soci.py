@@ -767,8 +767,9 @@ def build_ztoc(stream, compression="gzip", span_size=SPAN_SIZE,
         raise UnsupportedLayer("zstd layers cannot be indexed yet")
     if compression not in ("gzip", "uncompressed"):
         raise UnsupportedLayer("unknown compression %r" % compression)
-    if span_size <= 0:
-        raise ValueError("span size must be positive")
+    if not 0 < span_size <= MAX_SPAN_SIZE:
+        raise SociError("span size must be between 1 byte and %d MiB"
+                        % (MAX_SPAN_SIZE >> 20))
     scanner = _TarScanner()
     if compression == "gzip":
         return _build_gzip(stream, span_size, build_tool, scanner)
