@@ -8,7 +8,9 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
-PACKAGES="docker-registry pigz busybox-static apache2-utils openssl curl tar"
+# golang-go: Go's archive/tar, the reference test_tar_compat.py compares with.
+PACKAGES="docker-registry pigz busybox-static apache2-utils openssl curl tar
+          golang-go"
 
 # Debian's python3 cannot create a venv (no ensurepip) without python3-venv;
 # other pythons (pyenv, python.org builds) bring their own.
