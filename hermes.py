@@ -266,7 +266,7 @@ def _size(text):
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive: %r" % text)
     return value
