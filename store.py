@@ -225,8 +225,9 @@ class _Counted:
 
     def readinto(self, buf):
         n = self.stream.readinto(buf)
-        self.done += n
-        self.report(self.done)
+        if n:
+            self.done += n
+            self.report(self.done)
         return n
 
 
