@@ -243,10 +243,24 @@ def _index_summary(args):
                        "ztoc": desc["digest"], "ztoc_size": desc["size"],
                        "span_size": int(ann.get(soci.ANN_SPAN_SIZE, 0))})
     version = 1 if doc["config"]["mediaType"] == soci.INDEX_V1 else 2
+    indexed = {z["layer"] for z in layers}
+    skipped = [_skipped(store, d, args.span_size) for d in image.layers
+               if d["digest"] not in indexed]
     return {"image": str(image.ref), "manifest": image.digest,
             "platform": image.platform, "index": row["index_digest"],
             "index_version": version, "index_size": len(data),
-            "image_layers": len(image.layers), "ztocs": layers}
+            "image_layers": len(image.layers), "ztocs": layers,
+            "skipped": skipped}
+
+
+def _skipped(store, desc, span_size):
+    """Why a layer of the image has no ztoc in its index."""
+    row = store.layer(desc["digest"], span_size)
+    reason = "smaller than the minimum layer size"
+    if row is not None and row["outcome"] == "unsupported":
+        reason = row["error"]
+    return {"layer": desc["digest"], "size": desc["size"],
+            "reason": reason}
 
 
 def _print_summary(summary):
@@ -256,6 +270,11 @@ def _print_summary(summary):
             for z in value:
                 print("  layer %s  ztoc %s  %d bytes" % (
                     z["layer"], z["ztoc"], z["ztoc_size"]))
+        elif key == "skipped":
+            print("skipped:" if value else "skipped: none")
+            for s in value:
+                print("  layer %s  %d bytes: %s" % (
+                    s["layer"], s["size"], s["reason"]))
         else:
             print("%s: %s" % (key, value))
 

@@ -855,3 +855,24 @@ def test_progress_shows_layer_bytes_and_rate_on_a_terminal(capsys):
     assert err.endswith("\n")
     hermes._Progress(enabled=False)(0, 3, desc, 2_000_000)
     assert capsys.readouterr().err == ""
+
+
+def test_inspect_says_why_each_layer_is_not_in_the_index(
+        image, tmp_path, capsysbinary):
+    store_dir = tmp_path / "store"
+    code, out, err = run(capsysbinary, "build", image.ref,
+                         "--store", store_dir)
+    assert code == 0, err
+    code, out, err = run(capsysbinary, "inspect", image.ref, "--json",
+                         "--store", store_dir)
+    assert code == 0, err
+    summary = json.loads(out)
+    skipped = {s["layer"]: s for s in summary["skipped"]}
+    indexed = {z["layer"] for z in summary["ztocs"]}
+    assert len(skipped) + len(indexed) == len(image.layers) == 4
+    assert indexed == {image.layers[BIG][0]}
+    assert all(s["reason"] == "smaller than the minimum layer size"
+               for s in skipped.values())
+    code, out, err = run(capsysbinary, "inspect", image.ref,
+                         "--store", store_dir)
+    assert out.decode().count("smaller than the minimum layer size") == 3
