@@ -21,6 +21,7 @@ Limits: zstd layers and sparse tar entries are refused, not indexed.
 import ctypes
 import ctypes.util
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -864,8 +865,9 @@ class Ztoc:
     def span_count(self):
         return self.max_span_id + 1
 
-    @property
+    @functools.cached_property
     def span_size(self):
+        """From the zinfo; cached, since every span lookup needs it."""
         if self.compression == "gzip":
             return struct.unpack_from("<q", self.checkpoints, 4)[0]
         fb = _FlatBuffer(bytes(self.checkpoints))
@@ -891,8 +893,9 @@ class Ztoc:
 
     def _check_spans(self):
         if self.compression == "uncompressed":
-            want = -(-self.compressed_size // max(self.span_size, 1))
-            if self.span_size <= 0 or want != self.span_count:
+            # validate() has checked the span size already.
+            want = -(-self.compressed_size // self.span_size)
+            if want != self.span_count:
                 raise FormatError("tar zinfo does not match the ztoc")
             return
         points = self._gzip_points()
@@ -1506,7 +1509,6 @@ class ImageTree:
         self._by_layer = {}
 
     def add_layer(self, layer, entries):
-        entries = list(entries)
         paths = {}
         for e in entries:
             if ".." in e.name.split("/"):
