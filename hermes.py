@@ -87,18 +87,21 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _build(args, client, image, store, index_version=2):
+    return store_mod.build_image(
+        client, store, image, span_size=args.span_size,
+        min_layer_size=args.min_layer_size, index_version=index_version,
+        progress=_Progress(sys.stderr.isatty()))
+
+
 def _ensure_built(args, client, image, store):
     """Build the image's ztocs unless the store has all of them."""
     missing = [d for d in image.layers
                if store.layer(d["digest"], args.span_size) is None]
-    if not missing:
-        return None
-    log.info("building ztocs for %s (%d layers missing)", image.ref,
-             len(missing))
-    return store_mod.build_image(
-        client, store, image, span_size=args.span_size,
-        min_layer_size=args.min_layer_size,
-        progress=_Progress(sys.stderr.isatty()))
+    if missing:
+        log.info("building ztocs for %s (%d layers missing)", image.ref,
+                 len(missing))
+        _build(args, client, image, store)
 
 
 def _mode_string(entry, data_entry):
@@ -122,11 +125,7 @@ def _ls_line(name, entry, data_entry):
 def cmd_build(args):
     client, image = _resolve(args)
     store = store_mod.Store(args.store)
-    result = store_mod.build_image(
-        client, store, image, span_size=args.span_size,
-        min_layer_size=args.min_layer_size,
-        index_version=args.index_version,
-        progress=_Progress(sys.stderr.isatty()))
+    result = _build(args, client, image, store, args.index_version)
     for r in result.layers:
         if r.outcome == "unsupported":
             print("hermes: warning: layer %s has no ztoc: %s"
